@@ -14,6 +14,10 @@ from .modeling_hf_embed import HfEmbedForCausalLM, HfEmbedModel
 AutoConfig.register(HfEmbedConfig.model_type, HfEmbedConfig, exist_ok=True)
 AutoModel.register(HfEmbedConfig, HfEmbedModel, exist_ok=True)
 AutoModelForCausalLM.register(HfEmbedConfig, HfEmbedForCausalLM, exist_ok=True)
+# save_pretrained copies the modeling code beside the weights, for trust_remote_code users
+HfEmbedConfig.register_for_auto_class("AutoConfig")
+HfEmbedModel.register_for_auto_class("AutoModel")
+HfEmbedForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 
 # public name -> module that defines it, imported on first access
 _LAZY = {

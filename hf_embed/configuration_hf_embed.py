@@ -25,6 +25,12 @@ InitVariant = Literal[
 ROPE_VARIANT_CHOICES: tuple[str, ...] = typing.get_args(RopeVariant)
 INIT_VARIANT_CHOICES: tuple[str, ...] = typing.get_args(InitVariant)
 
+AUTO_MAP = {
+    "AutoConfig": "configuration_hf_embed.HfEmbedConfig",
+    "AutoModel": "modeling_hf_embed.HfEmbedModel",
+    "AutoModelForCausalLM": "modeling_hf_embed.HfEmbedForCausalLM",
+}
+
 # Fields that only make sense with a factorized table (`n_embd_wte`): name -> value that means "unused".
 _SCALE_ARGUMENTS = {
     "import_scale_matrices_npz": None,
@@ -111,6 +117,8 @@ class HfEmbedConfig(PretrainedConfig):
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
+        if not getattr(self, "auto_map", None):  # every Auto class finds the code saved beside the weights
+            self.auto_map = dict(AUTO_MAP)
         self.check_arguments()
 
     # ------------------------------------------------------------------ checks
@@ -194,9 +202,14 @@ class HfEmbedConfig(PretrainedConfig):
         if self.use_fire_embeddings:
             _require(self, "fire_mlp_width", self.fire_mlp_width >= 1, "an integer >= 1")
             _require(self, "fire_num_hidden_layers", self.fire_num_hidden_layers >= 1, "an integer >= 1")
-            _require(self, "fire_init_L", self.fire_init_L > 0 and math.isfinite(self.fire_init_L), "a finite float > 0")
             _require(
-                self, "fire_log_bias", self.fire_log_bias > 0 and math.isfinite(self.fire_log_bias), "a finite float > 0"
+                self, "fire_init_L", self.fire_init_L > 0 and math.isfinite(self.fire_init_L), "a finite float > 0"
+            )
+            _require(
+                self,
+                "fire_log_bias",
+                self.fire_log_bias > 0 and math.isfinite(self.fire_log_bias),
+                "a finite float > 0",
             )
             _require(self, "fire_init_c", math.isfinite(self.fire_init_c), "a finite float")
 
