@@ -178,7 +178,8 @@ class HfEmbedConfig(PretrainedConfig):
                 )
         if self.export_wte_each_eval and not self.export_wte_npy:
             raise ValueError(
-                "export_wte_each_eval=True needs export_wte_npy (a path such as 'wte.npy'): snapshots are named after it"
+                "export_wte_each_eval=True needs export_wte_npy (a path such as 'wte.npy'): "
+                "snapshots are named after it"
             )
 
     def _check_positions(self) -> None:
