@@ -17,7 +17,7 @@ def rope_angles(position_ids: torch.Tensor, config: HfEmbedConfig) -> torch.Tens
     """Pair k at position p turns by p · θ^(−2k / rope_length).  (B, T) -> (B, T, rope_length/2)"""
     length = config.effective_rope_length
     exponents = torch.arange(0, length, 2, dtype=torch.float32, device=position_ids.device) / length
-    inv_freq = config.rope_theta**-exponents
+    inv_freq = 1.0 / config.rope_theta**exponents  # rounded as GPT-J and Llama round it, so angles match theirs
     return position_ids[..., None].float() * inv_freq
 
 

@@ -16,6 +16,9 @@ import torch  # noqa: E402
 import hf_embed  # noqa: E402, F401  (registers the Auto classes)
 from hf_embed import HfEmbedConfig, HfEmbedForCausalLM  # noqa: E402
 
+# Tiny models run fastest on one thread, and the suite stays fast when other work shares the cores.
+torch.set_num_threads(1)
+
 
 def tiny_config(**overrides) -> HfEmbedConfig:
     """A model small enough for a unit test: V=97, d=32, 2 layers, 4 heads, 64 positions."""
