@@ -3,6 +3,9 @@
 Every initialisation is a pure function `(num_rows, dim, config, generator) -> Tensor` of shape (num_rows, dim),
 drawn from `generator` (the global torch RNG when None), so `torch.manual_seed` makes it deterministic.
 `dim` is the table's real width: `n_embd_wte` when the table is factorized, else `n_embd`.
+
+`python -m hf_embed.embeddings` prints the parameter count of the embedding stack for GPT-2's V and d at several
+widths r (`parameter_table`).
 """
 
 import math
@@ -78,21 +81,29 @@ def _angle_hypersphere(rows: int, dim: int, config: HfEmbedConfig, generator: to
     return table / table.norm(dim=1, keepdim=True).clamp_min(1e-12) * config.init_radius
 
 
+def _norms_outside(table: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    norms = table.norm(dim=1)
+    return (norms < low) | (norms > high)
+
+
 def _gaussian_norm_range(rows: int, dim: int, config: HfEmbedConfig, generator: torch.Generator | None) -> torch.Tensor:
+    """Gaussian rows; those with a norm outside [gaussian_min_norm, gaussian_max_norm] are redrawn, all at once."""
     low, high = config.gaussian_min_norm, config.gaussian_max_norm
     table = _gaussian(rows, dim, config, generator)
     for _ in range(_NORM_RANGE_ROUNDS):
-        norms = table.norm(dim=1)
-        outside = (norms < low) | (norms > high)
+        outside = _norms_outside(table, low, high)
         if not outside.any():
             return table
         table[outside] = _gaussian(int(outside.sum()), dim, config, generator)
-    raise ValueError(
-        f"init_variant='gaussian_norm_range': {int(outside.sum())} of {rows} rows still have a norm outside "
-        f"[gaussian_min_norm={low}, gaussian_max_norm={high}] after {_NORM_RANGE_ROUNDS} rounds of resampling from "
-        f"N({config.embedding_mean_init}, {config.embedding_std_init}) in {dim} dimensions (typical norm "
-        f"{config.embedding_std_init * math.sqrt(dim):.4g}); widen the range or change embedding_std_init"
-    )
+    outside = _norms_outside(table, low, high)
+    if outside.any():
+        raise ValueError(
+            f"init_variant='gaussian_norm_range': {int(outside.sum())} of {rows} rows still have a norm outside "
+            f"[gaussian_min_norm={low}, gaussian_max_norm={high}] after {_NORM_RANGE_ROUNDS} rounds of resampling "
+            f"from N({config.embedding_mean_init}, {config.embedding_std_init}) in {dim} dimensions (typical norm "
+            f"{config.embedding_std_init * math.sqrt(dim):.4g}); widen the range or change embedding_std_init"
+        )
+    return table
 
 
 def _numpy_import(rows: int, dim: int, config: HfEmbedConfig, generator: torch.Generator | None) -> torch.Tensor:
@@ -128,3 +139,36 @@ def embedding_parameter_count(config: HfEmbedConfig) -> int:
     if not config.wte_weight_tying:
         count += config.vocab_size * dim
     return count
+
+
+def parameter_table(
+    vocab_size: int = 50257, n_embd: int = 768, ranks: tuple[int | None, ...] = (None, 256, 128, 64)
+) -> str:
+    """A markdown table of `embedding_parameter_count` for each table width r, with tied and untied scale adapters.
+
+    The LM head is tied to the table throughout (the default), so the stack is V·r + d·r (tied adapters) or
+    V·r + 2·d·r (untied); r = none is the unfactorized V·d table.
+    """
+    full = embedding_parameter_count(HfEmbedConfig(vocab_size=vocab_size, n_embd=n_embd))
+    lines = [
+        f"Token embedding stack, V={vocab_size}, d={n_embd}, LM head tied to the table:",
+        "",
+        "| n_embd_wte (r) | adapters tied | adapters untied | tied, share of unfactorized |",
+        "|---:|---:|---:|---:|",
+    ]
+    for rank in ranks:
+        if rank is None:
+            lines.append(f"| none | {full:,} | – | 100.0% |")
+            continue
+        tied, untied = (
+            embedding_parameter_count(
+                HfEmbedConfig(vocab_size=vocab_size, n_embd=n_embd, n_embd_wte=rank, n_embd_wte_scale_tying=tying)
+            )
+            for tying in (True, False)
+        )
+        lines.append(f"| {rank} | {tied:,} | {untied:,} | {100 * tied / full:.1f}% |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m hf_embed.embeddings
+    print(parameter_table())
