@@ -149,6 +149,11 @@ class HfEmbedConfig(PretrainedConfig):
             if float in allowed and isinstance(value, int) and not isinstance(value, bool):
                 setattr(self, field.name, float(value))
                 continue
+            if float in allowed and isinstance(value, dict):  # {"__float__": "Infinity"}, as to_json_string writes
+                value = self._decode_special_floats(value)
+                if isinstance(value, float):
+                    setattr(self, field.name, value)
+                    continue
             if not isinstance(value, allowed):
                 raise _error(field.name, value, f"a value of type {_type_names(allowed)}")
             choices = _literal_choices(hints[field.name])
@@ -163,24 +168,26 @@ class HfEmbedConfig(PretrainedConfig):
                 f"n_embd={self.n_embd} must be divisible by n_head={self.n_head} (allowed: n_embd a multiple of n_head)"
             )
         _require(self, "dropout", 0.0 <= self.dropout < 1.0, "a float in [0, 1)")
-        _require(self, "layer_norm_epsilon", self.layer_norm_epsilon > 0, "a float > 0")
-        _require(self, "initializer_range", self.initializer_range >= 0, "a float >= 0")
+        _require(self, "layer_norm_epsilon", 0 < self.layer_norm_epsilon < math.inf, "a finite float > 0")
+        _require(self, "initializer_range", 0 <= self.initializer_range < math.inf, "a finite float >= 0")
 
     def _check_token_table(self) -> None:
         if self.n_embd_wte is not None:
             _require(self, "n_embd_wte", self.n_embd_wte >= 1, "None or an integer >= 1")
-            return
         for name, unused in _SCALE_ARGUMENTS.items():
-            if getattr(self, name) != unused:
+            if self.n_embd_wte is None and getattr(self, name) != unused:
                 raise ValueError(
                     f"{name}={getattr(self, name)!r} needs a factorized token table: set n_embd_wte "
                     f"(an integer >= 1); scale matrices exist only when n_embd_wte is set"
                 )
-        if self.export_wte_each_eval and not self.export_wte_npy:
-            raise ValueError(
-                "export_wte_each_eval=True needs export_wte_npy (a path such as 'wte.npy'): "
-                "snapshots are named after it"
-            )
+        for each_eval, path, example in (
+            ("export_wte_each_eval", "export_wte_npy", "wte.npy"),
+            ("export_scale_matrices_each_eval", "export_scale_matrices_npz", "scales.npz"),
+        ):
+            if getattr(self, each_eval) and not getattr(self, path):
+                raise ValueError(
+                    f"{each_eval}=True needs {path} (a path such as {example!r}): snapshots are named after it"
+                )
 
     def _check_positions(self) -> None:
         head_dim = self.n_embd // self.n_head
