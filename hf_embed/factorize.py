@@ -22,8 +22,10 @@ import sys
 from pathlib import Path
 
 import torch
-from transformers import PreTrainedModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.utils import logging
+
+from .embeddings import embedding_parameter_count
 
 logger = logging.get_logger(__name__)
 
@@ -37,22 +39,18 @@ _IMPORT_FIELDS = {
 }
 
 
-def truncated_svd(table: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+def truncated_svd(table: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Split `table` (V, d) into `(U_R S_R, V_R)`, shapes (V, R) and (d, R), so `table ≈ U_R S_R V_Rᵀ`.
 
-    Computed in float64 and returned in the table's dtype. The product is the best rank-R approximation.
+    Computed in float64, returned in the table's dtype; the product is the best rank-R approximation. The third
+    value is its relative error ‖table − U_R S_R V_Rᵀ‖_F / ‖table‖_F, from the discarded singular values.
     """
     u, s, vh = torch.linalg.svd(table.detach().to(torch.float64), full_matrices=False)
     left = u[:, :rank] * s[:rank]  # (V, R)
     right = vh[:rank].T  # (d, R)
-    return left.to(table.dtype).contiguous(), right.to(table.dtype).contiguous()
-
-
-def relative_approximation_error(table: torch.Tensor, rank: int) -> float:
-    """‖table − best rank-R approximation‖_F / ‖table‖_F, from the singular values."""
-    s = torch.linalg.svdvals(table.detach().to(torch.float64))
     total = s.square().sum()
-    return float((s[rank:].square().sum() / total).sqrt()) if total > 0 else 0.0
+    error = float((s[rank:].square().sum() / total).sqrt()) if total > 0 else 0.0
+    return left.to(table.dtype).contiguous(), right.to(table.dtype).contiguous(), error
 
 
 def check_factorizable(model: PreTrainedModel, n_embd_wte: int) -> None:
@@ -112,26 +110,23 @@ def factorize_embeddings(model: PreTrainedModel, n_embd_wte: int) -> PreTrainedM
 
     Raises `ValueError` for a model that is already factorized or `n_embd_wte` outside [1, min(V, d)].
     """
+    return _factorize(model, n_embd_wte)[0]
+
+
+def _factorize(model: PreTrainedModel, n_embd_wte: int) -> tuple[PreTrainedModel, dict[str, float]]:
+    """`factorize_embeddings`, plus the relative error of each factorized table ({'wte': …[, 'lm_head': …]})."""
     check_factorizable(model, n_embd_wte)
     prefix = f"{model.base_model_prefix}." if model.base_model is not model else ""
     table = model.base_model.wte.weight
     tied_head = bool(model.config.wte_weight_tying)
 
-    new_table, up = truncated_svd(table, n_embd_wte)
+    new_table, up, error = truncated_svd(table, n_embd_wte)
+    errors = {"wte": error}
     replaced = {f"{prefix}wte.weight": new_table, f"{prefix}scale_up.weight": up, "lm_head.weight": new_table}
-    if not tied_head:
-        head, down = truncated_svd(model.lm_head.weight, n_embd_wte)
+    if not tied_head:  # one adapter cannot serve two tables: the head gets its own SVD and down projection
+        head, down, errors["lm_head"] = truncated_svd(model.lm_head.weight, n_embd_wte)
         replaced.update({"lm_head.weight": head, f"{prefix}scale_down.weight": down})
-        logger.info(
-            "factorize_embeddings: untied head factorized on its own, relative error %.3g",
-            relative_approximation_error(model.lm_head.weight, n_embd_wte),
-        )
-    logger.info(
-        "factorize_embeddings: rank %d of %s, relative error of the table %.3g",
-        n_embd_wte,
-        tuple(table.shape),
-        relative_approximation_error(table, n_embd_wte),
-    )
+    logger.info("factorize_embeddings: rank %d, relative Frobenius error %s", n_embd_wte, errors)
 
     config = factorized_config(model.config, n_embd_wte, scale_tying=tied_head)
     new_model = type(model)(config).to(device=table.device, dtype=table.dtype)
@@ -139,7 +134,7 @@ def factorize_embeddings(model: PreTrainedModel, n_embd_wte: int) -> PreTrainedM
     if getattr(model, "generation_config", None) is not None:
         new_model.generation_config = copy.deepcopy(model.generation_config)
     new_model.train(model.training)
-    return new_model
+    return new_model, errors
 
 
 def _new_state_dict(old: dict, target: dict, replaced: dict) -> dict:
@@ -169,22 +164,17 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     try:
         src, dst = _check_dirs(Path(args.src_dir), Path(args.dst_dir), args.overwrite)
-        from transformers import AutoModelForCausalLM
-
-        import hf_embed  # noqa: F401  (registers the Auto classes)
-
         model = AutoModelForCausalLM.from_pretrained(src)
-        before = _embedding_parameters(model)
-        factorized = factorize_embeddings(model, args.n_embd_wte)
+        factorized, errors = _factorize(model, args.n_embd_wte)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     factorized.save_pretrained(dst)
     _copy_tokenizer(src, dst)
     print(
-        f"wrote {dst}: n_embd_wte={args.n_embd_wte}, embedding parameters {before} -> "
-        f"{_embedding_parameters(factorized)}, relative error of the table "
-        f"{relative_approximation_error(model.base_model.wte.weight, args.n_embd_wte):.4g}"
+        f"wrote {dst}: n_embd_wte={args.n_embd_wte}, embedding parameters {embedding_parameter_count(model.config)} "
+        f"-> {embedding_parameter_count(factorized.config)}, relative Frobenius error "
+        + ", ".join(f"{name} {value:.4g}" for name, value in errors.items())
     )
     return 0
 
@@ -199,17 +189,7 @@ def _check_dirs(src: Path, dst: Path, overwrite: bool) -> tuple[Path, Path]:
     return src, dst
 
 
-def _embedding_parameters(model: PreTrainedModel) -> int:
-    """Distinct parameters of the token table, the adapters and the head (a tied head counted once)."""
-    names = ("wte", "scale_up", "scale_down")
-    params = [getattr(model.base_model, n).weight for n in names if hasattr(model.base_model, n)]
-    params.append(model.lm_head.weight)
-    return sum(p.numel() for p in {id(p): p for p in params}.values())
-
-
 def _copy_tokenizer(src: Path, dst: Path) -> None:
-    from transformers import AutoTokenizer
-
     try:
         tokenizer = AutoTokenizer.from_pretrained(src)
     except (OSError, ValueError):

@@ -1,17 +1,11 @@
 """factorize_embeddings: truncated SVD of the token table into the factorized form, and its CLI."""
 
-import os
-import tempfile
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
-os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="hf_embed_test_home_")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from transformers import AutoModelForCausalLM  # noqa: E402
-
-import hf_embed  # noqa: E402
-from hf_embed.factorize import factorize_embeddings, main  # noqa: E402
+import hf_embed
+from hf_embed.factorize import factorize_embeddings, main
 
 V, D = 48, 16
 
@@ -46,12 +40,26 @@ def logits(model, ids: torch.Tensor) -> torch.Tensor:
 IDS = torch.randint(0, V, (3, 20), generator=torch.Generator().manual_seed(2))
 
 
-@pytest.mark.parametrize("tied", [True, False])
-def test_full_rank_reproduces_the_logits(tied):
-    model = tiny_model(tied)
+@pytest.mark.parametrize(
+    "tied, positions",
+    [
+        (True, {}),
+        (False, {}),
+        (True, dict(use_abs_pos_embeddings=False, use_rotary_embeddings=True, use_fire_embeddings=True)),
+    ],
+)
+def test_full_rank_reproduces_the_logits(tied, positions):
+    model = tiny_model(tied, **positions)
     factorized = factorize_embeddings(model, D).eval()
     assert factorized.config.n_embd_wte == D
     torch.testing.assert_close(logits(factorized, IDS), logits(model, IDS), atol=1e-4, rtol=0)
+
+
+def test_a_converted_gpt2_factorizes_at_full_rank_to_gpt2s_logits():
+    torch.manual_seed(0)
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=V, n_embd=D, n_layer=2, n_head=2, n_positions=32)).eval()
+    factorized = factorize_embeddings(hf_embed.convert_gpt2(gpt2), D).eval()
+    torch.testing.assert_close(logits(factorized, IDS), logits(gpt2, IDS), atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("tied", [True, False])
@@ -91,7 +99,9 @@ def test_untied_head_is_factorized_with_its_own_down_projection():
     assert factorized.config.n_embd_wte_scale_tying is False and factorized.config.wte_weight_tying is False
     down = state["transformer.scale_down.weight"].double()  # (d, R), h ↦ h W_down
     # logits = h W_down lm_headᵀ, so the effective head is lm_head W_downᵀ: the best rank-5 head
-    torch.testing.assert_close(state["lm_head.weight"].double() @ down.T, (u[:, :5] * s[:5]) @ vh[:5], atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        state["lm_head.weight"].double() @ down.T, (u[:, :5] * s[:5]) @ vh[:5], atol=1e-6, rtol=0
+    )
 
 
 def test_other_weights_are_copied_and_the_source_is_unchanged():
