@@ -1,5 +1,8 @@
 """Atomic file writes: a reader sees the previous file or the complete new one, never a partial file.
 
+Used for the text files of a run (the model card); the `.npy` / `.npz` exports go through the model's own atomic
+writers in `numpy_io.py`.
+
 The content goes to a temporary file in the destination folder (same file system), is flushed to disk, then
 `os.replace` swaps it in, which is atomic on POSIX and Windows. A writer that fails or is killed leaves the
 previous file untouched; an exception also removes the temporary file. A process killed by SIGKILL may leave a
@@ -12,9 +15,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import numpy as np
-
-__all__ = ["atomic_path", "atomic_write", "atomic_write_text", "save_npy", "save_npz"]
+__all__ = ["atomic_path", "atomic_write", "atomic_write_text"]
 
 
 @contextlib.contextmanager
@@ -48,26 +49,6 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object], suffi
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-
-def save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
-    """`np.save` to exactly `path` (no `.npy` appended), atomically."""
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            np.save(f, array, allow_pickle=False)
-
-    return atomic_write(path, write)
-
-
-def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
-    """`np.savez` to exactly `path` (no `.npz` appended), atomically."""
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-
-    return atomic_write(path, write)
 
 
 def _fsync_file(path: Path) -> None:

@@ -6,16 +6,18 @@ Behaviour (SPEC §5):
 - at every evaluation, an each-eval export writes a snapshot named after the global step, `wte.npy` ->
   `wte-step000120.npy`, so snapshots never overwrite one another;
 - at the end of training the plain path is written;
-- every write is atomic (temporary file, then rename), and only the main process writes.
+- every write is atomic: the model's export methods write a temporary file and rename it (`numpy_io`);
+- only the main process writes;
+- under FSDP or DeepSpeed ZeRO-3 (parameters sharded across processes) an export is refused at the start of
+  training: the main process alone cannot gather the table.
 """
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.utils import logging
-
-from .atomic import atomic_path
 
 logger = logging.get_logger(__name__)
 
@@ -24,17 +26,16 @@ __all__ = ["EmbeddingExportCallback", "snapshot_path"]
 
 @dataclass(frozen=True)
 class _Export:
-    """One kind of export: the model method that writes it and the file ending that method expects."""
+    """One kind of export: the config fields that drive it and the model method that writes it."""
 
     name: str  # the config field holding the path
     each_eval: str  # the config field switching per-evaluation snapshots
-    method: str  # the model method, called with a path
-    suffix: str
+    method: str  # the model method, called with the target path; it writes atomically
 
 
 _EXPORTS = (
-    _Export("export_wte_npy", "export_wte_each_eval", "export_wte_npy", ".npy"),
-    _Export("export_scale_matrices_npz", "export_scale_matrices_each_eval", "export_scale_matrices_npz", ".npz"),
+    _Export("export_wte_npy", "export_wte_each_eval", "export_wte_npy"),
+    _Export("export_scale_matrices_npz", "export_scale_matrices_each_eval", "export_scale_matrices_npz"),
 )
 
 
@@ -76,9 +77,16 @@ class EmbeddingExportCallback(TrainerCallback):
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         """Refuse an impossible export before the first step rather than after hours of training."""
         model = _unwrap(kwargs.get("model"))
+        sharding = _sharding(args)
         for export in _EXPORTS:
             if self._setting(export.name, model) and not hasattr(model, export.method):
                 raise ValueError(f"{export.name} is set but the model has no {export.method}() method")
+            if self._setting(export.name, model) and sharding:
+                raise ValueError(
+                    f"{export.name}={self._setting(export.name, model)!r} is not allowed with {sharding}: the main "
+                    "process would read a shard of the table. Train without the export and write it from the saved "
+                    "folder: HfEmbedForCausalLM.from_pretrained(output_dir).export_wte_npy(path)"
+                )
         if self._setting("export_scale_matrices_npz", model) and getattr(model.config, "n_embd_wte", None) is None:
             raise ValueError(
                 "export_scale_matrices_npz needs a factorized token table (n_embd_wte set); the model has none"
@@ -120,11 +128,20 @@ class EmbeddingExportCallback(TrainerCallback):
         return path if path.is_absolute() else Path(args.output_dir) / path
 
     def _write(self, model, export: _Export, target: Path) -> None:
-        with atomic_path(target, suffix=export.suffix) as tmp:
-            getattr(model, export.method)(str(tmp))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        getattr(model, export.method)(str(target))
         if target not in self.written:
             self.written.append(target)
         logger.info(f"Wrote {export.name} to {target}")
+
+
+def _sharding(args: TrainingArguments) -> str | None:
+    """The name of a parameter-sharding scheme in use (FSDP, DeepSpeed ZeRO-3), else None."""
+    if getattr(args, "fsdp", None) or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        return "FSDP"
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    return "DeepSpeed ZeRO-3" if is_deepspeed_zero3_enabled() else None
 
 
 def _unwrap(model):
