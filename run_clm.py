@@ -308,5 +308,14 @@ def write_card(trainer: Trainer, model_args, training_args, splits, datasets, me
         card.push_to_hub(repo_id, token=training_args.hub_token)
 
 
+def shut_down_processes() -> None:
+    """Let every process finish its writes, then close the process group: a rank that exits while gloo threads
+    still run aborts the interpreter ("terminate called without an active exception")."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 if __name__ == "__main__":
     main()
+    shut_down_processes()

@@ -7,16 +7,29 @@ cached length while decoding), with i − j clamped at 0 so masked entries stay 
     bias[h, i, j] = MLP(u)[h]
 
 While i < L the normaliser is the constant log(|c|·L + b), so those rows depend on i − j alone: the MLP runs on
-the k_len distinct distances once and the rows are gathered from that table (a Toeplitz bias; no
-(T, T, width) intermediate). Only rows with i ≥ L evaluate the MLP per (i, j).
+the k_len distinct distances once and the rows are windows of that table (a Toeplitz bias; no
+(T, T, width) intermediate). Only rows with i ≥ L evaluate the MLP per (i, j), a chunk of rows at a time, and
+under autograd each chunk is recomputed in backward rather than kept.
+
+`sdpa_attention_with_learned_mask` is the SDPA attention path for such a mask: PyTorch's CPU SDPA falls back to
+its math kernel, which keeps (B, H, T, S) probabilities per layer, when the mask needs a gradient.
 """
 
+from contextlib import AbstractContextManager, nullcontext
+
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from .configuration_hf_embed import HfEmbedConfig
 
 _EPS = 1e-6
+_LATE_CHUNK = 1 << 22  # elements of the (rows, k_len, width) MLP intermediate evaluated at once for rows i ≥ L
+_QUERY_BLOCKS = 8  # blocks of query rows in the learned-mask attention: early blocks skip the keys they cannot see
+_BLOCK_SCORES = 1 << 22  # at most this many (batch, head, query, key) scores in one block
+_RECOMPUTE = object()  # what autograd keeps in place of a FIRE mask it will recompute
 
 
 def fire_mlp(config: HfEmbedConfig) -> nn.Sequential:
@@ -44,31 +57,86 @@ class FireBias(nn.Module):
 
     def bias(self, q_offset: int, q_len: int, k_len: int) -> torch.Tensor:
         """The bias for query rows q_offset .. q_offset+q_len−1 against keys 0 .. k_len−1.  -> (H, q_len, k_len)"""
-        device = self.c.device
         c = self.c.abs()
         threshold = (self.L_multiplier * self.L_init).abs()
-        queries = torch.arange(q_offset, q_offset + q_len, device=device)
-        keys = torch.arange(k_len, device=device)
+        queries = torch.arange(q_offset, q_offset + q_len, device=c.device)
         n_toeplitz = int((queries < threshold).sum())  # rows i < L form a prefix
 
         rows = []
         if n_toeplitz:
-            distances = torch.arange(k_len, device=device, dtype=c.dtype)
-            normaliser = torch.log(c * threshold + self.log_bias).clamp_min(_EPS)
-            table = self.mlp((torch.log(c * distances + self.log_bias) / normaliser)[:, None])  # (k_len, H)
-            index = (queries[:n_toeplitz, None] - keys).clamp_min(0)
-            rows.append(table[index])  # (n_toeplitz, k_len, H)
+            rows.append(self._toeplitz_rows(c, threshold, q_offset, n_toeplitz, k_len))
         if n_toeplitz < q_len:
-            late = queries[n_toeplitz:]
-            distances = (late[:, None] - keys).clamp_min(0).to(c.dtype)
-            normaliser = torch.log(c * late.to(c.dtype) + self.log_bias).clamp_min(_EPS)[:, None]
-            rows.append(self.mlp((torch.log(c * distances + self.log_bias) / normaliser)[..., None]))
-        bias = rows[0] if len(rows) == 1 else torch.cat(rows, dim=0)
-        return bias.permute(2, 0, 1)
+            rows.append(self._late_rows(c, q_offset + n_toeplitz, q_offset + q_len, k_len))
+        return rows[0] if len(rows) == 1 else torch.cat(rows, dim=1)
+
+    def _mlp(self, u: torch.Tensor) -> torch.Tensor:
+        """MLP(u) for every entry of u.  (…) -> (…, H)"""
+        return self.mlp(u[..., None].to(self.mlp[0].weight.dtype))
+
+    def _toeplitz_rows(
+        self, c: torch.Tensor, threshold: torch.Tensor, first: int, count: int, k_len: int
+    ) -> torch.Tensor:
+        """Rows first .. first+count−1, all < L: bias[h, i, j] = table[h, max(i − j, 0)].  -> (H, count, k_len)"""
+        distances = torch.arange(k_len, device=c.device, dtype=c.dtype)
+        normaliser = torch.log(c * threshold + self.log_bias).clamp_min(_EPS)
+        table = self._mlp(torch.log(c * distances + self.log_bias) / normaliser).t()  # (H, k_len): by distance
+        # Row i reads the table backwards from distance i and then repeats distance 0 (the masked keys j > i):
+        # reversed table + padding, whose window starting at k_len − 1 − i (of length k_len) is row i.
+        padded = torch.cat([table.flip(-1), table[:, :1].expand(-1, k_len - 1)], dim=-1)  # (H, 2·k_len − 1)
+        start = k_len - first - count  # the window of the last row
+        windows = padded[:, start : start + count + k_len - 1].unfold(-1, k_len, 1)  # (H, count, k_len), a view
+        return windows.flip(1)  # rows in order, one copy
+
+    def _late_rows(self, c: torch.Tensor, first: int, stop: int, k_len: int) -> torch.Tensor:
+        """Rows first .. stop−1, all ≥ L: the MLP per (i, j), in chunks; under autograd each chunk's (rows, k_len,
+        width) intermediates are recomputed in backward instead of kept.  -> (H, stop − first, k_len)"""
+        chunk_rows = max(1, _LATE_CHUNK // (k_len * self.mlp[0].out_features))
+        chunks = []
+        for start in range(first, stop, chunk_rows):
+            end = min(start + chunk_rows, stop)
+            if torch.is_grad_enabled():
+                chunks.append(checkpoint(self._late_chunk, c, start, end, k_len, use_reentrant=False))
+            else:
+                chunks.append(self._late_chunk(c, start, end, k_len))
+        return chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=1)
+
+    def _late_chunk(self, c: torch.Tensor, start: int, stop: int, k_len: int) -> torch.Tensor:
+        """Rows start .. stop−1; keys from `stop` on come after every row: distance 0, one value per row."""
+        late = torch.arange(start, stop, device=c.device)
+        seen = min(stop, k_len)
+        distances = (late[:, None] - torch.arange(seen, device=c.device)).clamp_min(0).to(c.dtype)  # (rows, seen)
+        normaliser = torch.log(c * late.to(c.dtype) + self.log_bias).clamp_min(_EPS)[:, None]
+        rows = self._mlp(torch.log(c * distances + self.log_bias) / normaliser)  # (rows, seen, H)
+        if seen < k_len:
+            future = self._mlp(torch.log(c * distances.new_zeros(()) + self.log_bias) / normaliser)  # (rows, 1, H)
+            rows = torch.cat([rows, future.expand(-1, k_len - seen, -1)], dim=1)
+        return rows.permute(2, 0, 1)
 
     def forward(self, additive_mask: torch.Tensor, q_offset: int) -> torch.Tensor:
         q_len, k_len = additive_mask.shape[-2:]
         return additive_mask + self.bias(q_offset, q_len, k_len).to(additive_mask.dtype)
+
+    def recompute_when_saved(
+        self, mask: torch.Tensor, additive_mask: torch.Tensor, q_offset: int
+    ) -> AbstractContextManager:
+        """A context in which autograd keeps, instead of `mask` (this module's output for `additive_mask`), a note to
+        recompute it in backward: a layer's (…, H, T, S) mask is then freed after its forward pass. The graph from
+        the mask back to the parameters keeps no tensor of that size (add, flip, unfold and cat save none)."""
+        if not torch.is_grad_enabled():
+            return nullcontext()
+        identity = (mask.data_ptr(), mask.shape, mask.dtype)  # not the tensor: holding it would keep it alive
+        q_len, k_len = mask.shape[-2:]
+
+        def pack(tensor: torch.Tensor) -> object:
+            return _RECOMPUTE if (tensor.data_ptr(), tensor.shape, tensor.dtype) == identity else tensor
+
+        def unpack(packed: object) -> torch.Tensor:
+            if packed is not _RECOMPUTE:
+                return packed
+            with torch.no_grad():
+                return additive_mask + self.bias(q_offset, q_len, k_len).to(additive_mask.dtype)
+
+        return torch.autograd.graph.saved_tensors_hooks(pack, unpack)
 
 
 class NoBias(nn.Module):
@@ -77,21 +145,119 @@ class NoBias(nn.Module):
     def forward(self, mask: torch.Tensor | None, q_offset: int) -> torch.Tensor | None:
         return mask
 
+    def recompute_when_saved(self, mask: torch.Tensor | None, *args) -> AbstractContextManager:
+        return nullcontext()
+
+
+def _query_blocks(mask: torch.Tensor, batch_heads: int) -> list[tuple[int, int, int]]:
+    """(start, stop, keys) for each block of query rows: block rows attend to keys[:keys]. A causal mask hides the
+    keys after a block's last row from all its rows; `keys` drops them where the mask shows it does, and no row of
+    the block is masked throughout (such a row averages over every key, as the eager path does)."""
+    q_len, k_len = mask.shape[-2:]
+    rows = max(1, min(-(-q_len // _QUERY_BLOCKS), _BLOCK_SCORES // (batch_heads * k_len)))
+    shown = mask > torch.finfo(mask.dtype).min / 2
+    blind_rows = ~shown.any(-1)  # (…, q_len)
+    blocks = []
+    for start in range(0, q_len, rows):
+        stop = min(start + rows, q_len)
+        keys = k_len - q_len + stop
+        if keys < k_len and bool(shown[..., start:stop, keys:].any() or blind_rows[..., start:stop].any()):
+            keys = k_len
+        blocks.append((start, stop, keys))
+    return blocks
+
+
+class _LearnedMaskAttention(torch.autograd.Function):
+    """softmax(q kᵀ · scaling + mask) v with the gradient of a learned float mask, one block of query rows at a time.
+
+    Forward: PyTorch's fused SDPA kernel per block. Backward: each block's probabilities are recomputed, as in
+    flash-attention's backward (Dao et al. 2022, arXiv 2205.14135, Algorithm 4), so no (B, H, T, S) tensor is kept
+    between the passes. Rows whose every key is masked (left padding) average over the block's keys only.
+    q, k, v: (B, H, T or S, hd); mask: (1 or B, 1 or H, T, S) -> (B, H, T, hd)
+    """
+
+    @staticmethod
+    def forward(ctx, query, key, value, mask, scaling):
+        batch, heads, q_len, head_dim = query.shape
+        blocks = _query_blocks(mask, batch * heads)
+        output = query.new_empty(batch, q_len, heads, head_dim).transpose(1, 2)  # (B, T, H, hd) in memory
+        for start, stop, keys in blocks:
+            output[:, :, start:stop] = F.scaled_dot_product_attention(
+                query[:, :, start:stop],
+                key[:, :, :keys],
+                value[:, :, :keys],
+                attn_mask=mask[..., start:stop, :keys],
+                scale=scaling,
+            )
+        ctx.save_for_backward(query, key, value, mask, output)
+        ctx.scaling, ctx.blocks = scaling, blocks
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        query, key, value, mask, output = ctx.saved_tensors
+        scaling = ctx.scaling
+        grad_query, grad_key, grad_value = torch.empty_like(query), torch.zeros_like(key), torch.zeros_like(value)
+        grad_mask = torch.zeros_like(mask) if ctx.needs_input_grad[3] else None
+        broadcast = [dim for dim in (0, 1) if mask.shape[dim] == 1 and query.shape[dim] != 1]
+        row_dot = (grad_output * output).sum(-1, keepdim=True)  # (B, H, T, 1): Σ_j p_ij dp_ij
+        for start, stop, keys in ctx.blocks:
+            q, grad = query[:, :, start:stop], grad_output[:, :, start:stop]
+            k, v = key[:, :, :keys], value[:, :, :keys]
+            scores = torch.matmul(q * scaling, k.transpose(-1, -2)).add_(mask[..., start:stop, :keys])
+            probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)  # (B, H, rows, keys)
+            grad_value[:, :, :keys] += torch.matmul(probs.transpose(-1, -2), grad)
+            grad_scores = torch.matmul(grad, v.transpose(-1, -2)).sub_(row_dot[:, :, start:stop]).mul_(probs)
+            if grad_mask is not None:
+                summed = grad_scores.sum(broadcast, keepdim=True) if broadcast else grad_scores
+                grad_mask[..., start:stop, :keys] = summed
+            grad_query[:, :, start:stop] = torch.matmul(grad_scores, k).mul_(scaling)
+            grad_key[:, :, :keys] += torch.matmul(grad_scores.transpose(-1, -2), q).mul_(scaling)
+        return grad_query, grad_key, grad_value, grad_mask, None
+
+
+def sdpa_attention_with_learned_mask(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """transformers' SDPA attention, except for a float mask that needs a gradient (FIRE) on CPU without dropout:
+    PyTorch would fall back to its math kernel there, so `_LearnedMaskAttention` runs instead.  -> (B, T, H, hd)"""
+    learned = attention_mask is not None and attention_mask.requires_grad and torch.is_grad_enabled()
+    if not learned or dropout > 0 or query.device.type != "cpu" or key.shape[1] != query.shape[1]:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+    return _LearnedMaskAttention.apply(query, key, value, attention_mask, scaling).transpose(1, 2), None
+
 
 def additive_causal_mask(
-    attention_mask: torch.Tensor | None, q_offset: int, q_len: int, dtype: torch.dtype, device: torch.device
+    attention_mask: torch.Tensor | None,
+    q_offset: int,
+    q_len: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    k_len: int | None = None,
 ) -> torch.Tensor:
     """Causal (and padding) mask as 0 / finfo(dtype).min, (1 or B, 1, q_len, k_len); never −inf.
 
-    `attention_mask` is the usual 2-D (B, k_len) padding mask or None; a 4-D mask is taken as given.
+    `attention_mask` is the usual 2-D (B, keys so far) padding mask or None; a 4-D mask is taken as given.
+    `k_len` defaults to q_offset + q_len; a static cache passes its full length, and its not yet written slots
+    (keys after the last query) are masked as the future.
     """
     if attention_mask is not None and attention_mask.dim() == 4:
         if attention_mask.dtype == torch.bool:
             return torch.zeros((), dtype=dtype, device=device).masked_fill(~attention_mask, torch.finfo(dtype).min)
         return attention_mask.to(dtype)
-    k_len = q_offset + q_len
-    queries = torch.arange(q_offset, k_len, device=device)
+    k_len = q_offset + q_len if k_len is None else k_len
+    queries = torch.arange(q_offset, q_offset + q_len, device=device)
     allowed = (torch.arange(k_len, device=device) <= queries[:, None])[None, None]  # (1, 1, q, k)
     if attention_mask is not None and not bool(attention_mask.all()):
-        allowed = allowed & attention_mask[:, None, None, -k_len:].bool()
+        padding = attention_mask[:, -k_len:].bool()
+        padding = F.pad(padding, (0, k_len - padding.shape[-1]), value=True)  # future slots: masked as the future
+        allowed = allowed & padding[:, None, None, :]
     return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)

@@ -28,7 +28,7 @@ from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_hf_embed import HfEmbedConfig
 from .embeddings import PositionEmbedding, TokenEmbedding, initial_token_table
-from .fire import FireBias, NoBias, additive_causal_mask
+from .fire import FireBias, NoBias, additive_causal_mask, sdpa_attention_with_learned_mask
 from .numpy_io import check_array, load_npy, load_npz, save_npy, save_npz
 from .rotary import NoRotaryEmbedding, RotaryEmbedding, Rotation
 
@@ -52,6 +52,10 @@ def eager_attention_forward(
     weights = F.softmax(weights, dim=-1, dtype=torch.float32).to(value.dtype)
     weights = F.dropout(weights, p=dropout, training=module.training)
     return torch.matmul(weights, value).transpose(1, 2), weights
+
+
+# "sdpa" with a FIRE mask that needs a gradient: PyTorch's CPU SDPA would use its math kernel (see fire.py).
+ATTENTION_OVERRIDES = {"sdpa": sdpa_attention_with_learned_mask}
 
 
 class HfEmbedAttention(nn.Module):
@@ -85,30 +89,40 @@ class HfEmbedAttention(nn.Module):
         q, k = rotation(q), rotation(k)
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)
-        attention_mask = self.fire(attention_mask, q_offset)
+        mask = self.fire(attention_mask, q_offset)
 
-        attention: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
+        implementation = self.config._attn_implementation
+        attention: Callable = ATTENTION_OVERRIDES.get(implementation) or ALL_ATTENTION_FUNCTIONS.get_interface(
+            implementation, eager_attention_forward
         )
-        output, weights = attention(
-            self,
-            q,
-            k,
-            v,
-            attention_mask,
-            dropout=self.config.dropout if self.training else 0.0,
-            scaling=self.scaling,
-            **kwargs,
-        )
+        with self.fire.recompute_when_saved(mask, attention_mask, q_offset):  # a per-layer FIRE mask is not kept
+            output, weights = attention(
+                self,
+                q,
+                k,
+                v,
+                mask,
+                dropout=self.config.dropout if self.training else 0.0,
+                scaling=self.scaling,
+                **kwargs,
+            )
         output = output.reshape(*output.shape[:-2], -1).contiguous()  # (B, T, d)
         return self.resid_dropout(self.c_proj(output)), weights
+
+
+# The same function in one fused kernel: "gelu_new" (GPT-2's tanh approximation) is F.gelu(approximate="tanh"),
+# equal to within float rounding (≤ 5e-7), and its forward + backward run about 5× faster than the eight-op formula.
+FUSED_ACTIVATIONS = {"gelu_new": "gelu_pytorch_tanh"}
 
 
 class HfEmbedMLP(nn.Module):
     def __init__(self, config: HfEmbedConfig):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.act = ACT2FN[config.activation_function]
+        activation = config.activation_function
+        if activation not in ACT2FN:
+            raise ValueError(f"activation_function={activation!r} is not allowed: expected one of {sorted(ACT2FN)}")
+        self.act = ACT2FN[FUSED_ACTIVATIONS.get(activation, activation)]
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
@@ -341,7 +355,8 @@ class HfEmbedModel(HfEmbedPreTrainedModel):
             inputs_embeds = self.wte(input_ids)
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
-        q_offset = cache.get_seq_length() if cache is not None else 0
+        # int(): a static cache returns its live length tensor, which each layer's cache.update then advances.
+        q_offset = int(cache.get_seq_length()) if cache is not None else 0
         q_len = inputs_embeds.shape[1]
         self._check_length(q_offset + q_len)
         if position_ids is None:
@@ -375,8 +390,10 @@ class HfEmbedModel(HfEmbedPreTrainedModel):
                 cache=cache,
                 position_ids=position_ids,
             )
+        q_len = hidden_states.shape[1]
+        k_len = cache.get_mask_sizes(q_len, 0)[0] if cache is not None else None  # a static cache: its full length
         mask = additive_causal_mask(
-            attention_mask, q_offset, hidden_states.shape[1], hidden_states.dtype, hidden_states.device
+            attention_mask, q_offset, q_len, hidden_states.dtype, hidden_states.device, k_len=k_len
         )
         return self.fire(mask, q_offset)
 
