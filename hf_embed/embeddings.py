@@ -168,7 +168,3 @@ def parameter_table(
         )
         lines.append(f"| {rank} | {tied:,} | {untied:,} | {100 * tied / full:.1f}% |")
     return "\n".join(lines)
-
-
-if __name__ == "__main__":  # python -m hf_embed.embeddings
-    print(parameter_table())

@@ -1,5 +1,5 @@
 """embeddings.py: the eight token-table initialisations (SPEC §4), their config-time "needs" checks, and the
-parameter accounting of the embedding stack (with its `python -m hf_embed.embeddings` table)."""
+parameter accounting of the embedding stack (with its `python -m hf_embed.parameters` table)."""
 
 import math
 import os
@@ -336,8 +336,8 @@ def test_parameter_table_values():
     assert rows["64"] == [3_265_600, 3_314_752]
 
 
-@pytest.mark.filterwarnings("ignore:'hf_embed.embeddings' found in sys.modules:RuntimeWarning")
+@pytest.mark.filterwarnings("error::RuntimeWarning")
 def test_cli_prints_the_table(capsys):
-    """`python -m hf_embed.embeddings`, run in this process (a subprocess would re-import torch)."""
-    runpy.run_module("hf_embed.embeddings", run_name="__main__")
+    """`python -m hf_embed.parameters`, run in this process (a subprocess would re-import torch)."""
+    runpy.run_module("hf_embed.parameters", run_name="__main__")
     assert capsys.readouterr().out == parameter_table() + "\n"
