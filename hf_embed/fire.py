@@ -15,6 +15,7 @@ under autograd each chunk is recomputed in backward rather than kept.
 its math kernel, which keeps (B, H, T, S) probabilities per layer, when the mask needs a gradient.
 """
 
+import math
 from contextlib import AbstractContextManager, nullcontext
 
 import torch
@@ -27,7 +28,7 @@ from .configuration_hf_embed import HfEmbedConfig
 
 _EPS = 1e-6
 _LATE_CHUNK = 1 << 22  # elements of the (rows, k_len, width) MLP intermediate evaluated at once for rows i ≥ L
-_QUERY_BLOCKS = 8  # blocks of query rows in the learned-mask attention: early blocks skip the keys they cannot see
+_QUERY_BLOCKS = 4  # blocks of query rows in the learned-mask attention: early blocks skip the keys they cannot see
 _BLOCK_SCORES = 1 << 22  # at most this many (batch, head, query, key) scores in one block
 _RECOMPUTE = object()  # what autograd keeps in place of a FIRE mask it will recompute
 
@@ -59,8 +60,7 @@ class FireBias(nn.Module):
         """The bias for query rows q_offset .. q_offset+q_len−1 against keys 0 .. k_len−1.  -> (H, q_len, k_len)"""
         c = self.c.abs()
         threshold = (self.L_multiplier * self.L_init).abs()
-        queries = torch.arange(q_offset, q_offset + q_len, device=c.device)
-        n_toeplitz = int((queries < threshold).sum())  # rows i < L form a prefix
+        n_toeplitz = min(max(math.ceil(threshold.item()) - q_offset, 0), q_len)  # rows i < L form a prefix
 
         rows = []
         if n_toeplitz:
@@ -70,22 +70,26 @@ class FireBias(nn.Module):
         return rows[0] if len(rows) == 1 else torch.cat(rows, dim=1)
 
     def _mlp(self, u: torch.Tensor) -> torch.Tensor:
-        """MLP(u) for every entry of u.  (…) -> (…, H)"""
-        return self.mlp(u[..., None].to(self.mlp[0].weight.dtype))
+        """MLP(u) for every entry of u, head first: (…) -> (H, …). The layers run on (features, entries), so the
+        bias comes out in its (H, q, k) layout with no transposing copy."""
+        x = u.reshape(1, -1).to(self.mlp[0].weight.dtype)
+        for layer in self.mlp:
+            x = torch.addmm(layer.bias[:, None], layer.weight, x) if isinstance(layer, nn.Linear) else layer(x)
+        return x.view(-1, *u.shape)
 
     def _toeplitz_rows(
         self, c: torch.Tensor, threshold: torch.Tensor, first: int, count: int, k_len: int
     ) -> torch.Tensor:
         """Rows first .. first+count−1, all < L: bias[h, i, j] = table[h, max(i − j, 0)].  -> (H, count, k_len)"""
-        distances = torch.arange(k_len, device=c.device, dtype=c.dtype)
+        distances = torch.arange(k_len - 1, -1, -1, device=c.device, dtype=c.dtype)  # k_len − 1 .. 0
         normaliser = torch.log(c * threshold + self.log_bias).clamp_min(_EPS)
-        table = self._mlp(torch.log(c * distances + self.log_bias) / normaliser).t()  # (H, k_len): by distance
-        # Row i reads the table backwards from distance i and then repeats distance 0 (the masked keys j > i):
-        # reversed table + padding, whose window starting at k_len − 1 − i (of length k_len) is row i.
-        padded = torch.cat([table.flip(-1), table[:, :1].expand(-1, k_len - 1)], dim=-1)  # (H, 2·k_len − 1)
-        start = k_len - first - count  # the window of the last row
-        windows = padded[:, start : start + count + k_len - 1].unfold(-1, k_len, 1)  # (H, count, k_len), a view
-        return windows.flip(1)  # rows in order, one copy
+        table = self._mlp(torch.log(c * distances + self.log_bias) / normaliser)  # (H, k_len), distance descending
+        # Row i is this table from distance i down to 0, then distance 0 again for the keys j > i (masked): the
+        # window of length k_len that starts at k_len − 1 − i in the table padded with the first row's j > i keys.
+        padding = k_len - 1 - first
+        padded = torch.cat([table, table[:, -1:].expand(-1, padding)], dim=-1) if padding else table
+        windows = padded[:, k_len - first - count :].unfold(-1, k_len, 1)  # (H, count, k_len), last row first; a view
+        return windows.flip(1) if count > 1 else windows  # rows in order, one copy
 
     def _late_rows(self, c: torch.Tensor, first: int, stop: int, k_len: int) -> torch.Tensor:
         """Rows first .. stop−1, all ≥ L: the MLP per (i, j), in chunks; under autograd each chunk's (rows, k_len,
@@ -106,11 +110,11 @@ class FireBias(nn.Module):
         seen = min(stop, k_len)
         distances = (late[:, None] - torch.arange(seen, device=c.device)).clamp_min(0).to(c.dtype)  # (rows, seen)
         normaliser = torch.log(c * late.to(c.dtype) + self.log_bias).clamp_min(_EPS)[:, None]
-        rows = self._mlp(torch.log(c * distances + self.log_bias) / normaliser)  # (rows, seen, H)
+        rows = self._mlp(torch.log(c * distances + self.log_bias) / normaliser)  # (H, rows, seen)
         if seen < k_len:
-            future = self._mlp(torch.log(c * distances.new_zeros(()) + self.log_bias) / normaliser)  # (rows, 1, H)
-            rows = torch.cat([rows, future.expand(-1, k_len - seen, -1)], dim=1)
-        return rows.permute(2, 0, 1)
+            future = self._mlp(torch.log(c * distances.new_zeros(()) + self.log_bias) / normaliser)  # (H, rows, 1)
+            rows = torch.cat([rows, future.expand(-1, -1, k_len - seen)], dim=-1)
+        return rows
 
     def forward(self, additive_mask: torch.Tensor, q_offset: int) -> torch.Tensor:
         q_len, k_len = additive_mask.shape[-2:]
@@ -196,24 +200,28 @@ class _LearnedMaskAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         query, key, value, mask, output = ctx.saved_tensors
-        scaling = ctx.scaling
-        grad_query, grad_key, grad_value = torch.empty_like(query), torch.zeros_like(key), torch.zeros_like(value)
-        grad_mask = torch.zeros_like(mask) if ctx.needs_input_grad[3] else None
+        batch, heads, q_len, head_dim = query.shape
+        flat = (batch * heads, -1, head_dim)
+        q = (query * ctx.scaling).reshape(flat)  # (B·H, T, hd), the scaling folded in once
+        k, v, grad = key.reshape(flat), value.reshape(flat), grad_output.reshape(flat)
+        grad_q, grad_k, grad_v = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        grad_mask = torch.empty_like(mask) if ctx.needs_input_grad[3] else None
         broadcast = [dim for dim in (0, 1) if mask.shape[dim] == 1 and query.shape[dim] != 1]
-        row_dot = (grad_output * output).sum(-1, keepdim=True)  # (B, H, T, 1): Σ_j p_ij dp_ij
+        row_dot = (grad_output * output).sum(-1).reshape(batch * heads, q_len, 1)  # Σ_j p_ij dp_ij
         for start, stop, keys in ctx.blocks:
-            q, grad = query[:, :, start:stop], grad_output[:, :, start:stop]
-            k, v = key[:, :, :keys], value[:, :, :keys]
-            scores = torch.matmul(q * scaling, k.transpose(-1, -2)).add_(mask[..., start:stop, :keys])
-            probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)  # (B, H, rows, keys)
-            grad_value[:, :, :keys] += torch.matmul(probs.transpose(-1, -2), grad)
-            grad_scores = torch.matmul(grad, v.transpose(-1, -2)).sub_(row_dot[:, :, start:stop]).mul_(probs)
+            rows = slice(start, stop)
+            scores = torch.bmm(q[:, rows], k[:, :keys].transpose(1, 2))  # (B·H, rows, keys)
+            scores.view(batch, heads, stop - start, keys).add_(mask[..., rows, :keys])
+            probs = torch.softmax(scores, dim=-1, dtype=torch.promote_types(q.dtype, torch.float32)).to(q.dtype)
+            grad_v[:, :keys].baddbmm_(probs.transpose(1, 2), grad[:, rows])
+            grad_scores = torch.bmm(grad[:, rows], v[:, :keys].transpose(1, 2)).sub_(row_dot[:, rows]).mul_(probs)
+            grad_q[:, rows].baddbmm_(grad_scores, k[:, :keys], beta=0, alpha=ctx.scaling)
+            grad_k[:, :keys].baddbmm_(grad_scores.transpose(1, 2), q[:, rows])
             if grad_mask is not None:
-                summed = grad_scores.sum(broadcast, keepdim=True) if broadcast else grad_scores
-                grad_mask[..., start:stop, :keys] = summed
-            grad_query[:, :, start:stop] = torch.matmul(grad_scores, k).mul_(scaling)
-            grad_key[:, :, :keys] += torch.matmul(grad_scores.transpose(-1, -2), q).mul_(scaling)
-        return grad_query, grad_key, grad_value, grad_mask, None
+                grad_scores = grad_scores.view(batch, heads, stop - start, keys)
+                grad_mask[..., rows, :keys] = grad_scores.sum(broadcast, keepdim=True) if broadcast else grad_scores
+                grad_mask[..., rows, keys:] = 0  # the skipped keys: masked, so no gradient
+        return grad_q.view(query.shape), grad_k.view(key.shape), grad_v.view(value.shape), grad_mask, None
 
 
 def sdpa_attention_with_learned_mask(

@@ -54,6 +54,22 @@ def eager_attention_forward(
     return torch.matmul(weights, value).transpose(1, 2), weights
 
 
+class BlockLinear(nn.Linear):
+    """`nn.Linear` (weight shape (out, in), the state-dict layout) whose weight lies in memory as (in, out), the order
+    GPT-2's Conv1D keeps. A one-token product (decoding) then reads the weight row after row, which MKL's
+    matrix-vector kernel does about 1.5× faster on CPU; batched products (training, prefill) run at the same speed
+    in either order. Loading replaces parameters, so `HfEmbedPreTrainedModel.from_pretrained` lays them out again."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+        super().__init__(in_features, out_features, bias=bias)
+        self.lay_out_weight()
+
+    def lay_out_weight(self) -> None:
+        weight = self.weight
+        if weight.stride() != (1, weight.shape[0]):
+            self.weight = nn.Parameter(weight.detach().t().contiguous().t(), requires_grad=weight.requires_grad)
+
+
 # "sdpa" with a FIRE mask that needs a gradient: PyTorch's CPU SDPA would use its math kernel (see fire.py).
 ATTENTION_OVERRIDES = {"sdpa": sdpa_attention_with_learned_mask}
 
@@ -68,8 +84,8 @@ class HfEmbedAttention(nn.Module):
         self.head_dim = config.head_dim
         self.scaling = self.head_dim**-0.5
         self.is_causal = True
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.c_attn = BlockLinear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = BlockLinear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
         per_layer_fire = config.use_fire_embeddings and not config.shared_fire_embeddings
         self.fire = FireBias(config) if per_layer_fire else NoBias()
@@ -118,12 +134,12 @@ FUSED_ACTIVATIONS = {"gelu_new": "gelu_pytorch_tanh"}
 class HfEmbedMLP(nn.Module):
     def __init__(self, config: HfEmbedConfig):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_fc = BlockLinear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         activation = config.activation_function
         if activation not in ACT2FN:
             raise ValueError(f"activation_function={activation!r} is not allowed: expected one of {sorted(ACT2FN)}")
         self.act = ACT2FN[FUSED_ACTIVATIONS.get(activation, activation)]
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj = BlockLinear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -199,10 +215,14 @@ class HfEmbedPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        """As `PreTrainedModel.from_pretrained`; then re-applies the freezing the config asks for (loading replaces
-        parameters and drops `requires_grad=False`). Import paths in the config are never read here."""
+        """As `PreTrainedModel.from_pretrained`; then re-applies the freezing the config asks for and the memory order
+        of `BlockLinear` weights (loading replaces parameters, which drops both). Import paths in the config are never
+        read here."""
         loaded = super().from_pretrained(*args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded
+        for module in model.modules():
+            if isinstance(module, BlockLinear):
+                module.lay_out_weight()
         model.base_model.apply_freezing()
         return loaded
 
