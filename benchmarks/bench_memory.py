@@ -3,10 +3,11 @@
     python -m benchmarks.bench_memory            # GPT-2 small's shape, r ∈ {none, 256, 128, 64}, ~3 minutes
     python -m benchmarks.bench_memory --quick    # a tiny run (~20 s), for the tests
 
-Each row is a fresh Python process (ru_maxrss only grows, so one process cannot measure two configurations):
+Each row is a fresh Python process (the peak RSS only grows, so one process cannot measure two configurations):
 it builds the model and a batch, notes its RSS, runs 2 AdamW training steps (the first allocates the optimizer
 state, the second peaks with parameters, optimizer state, activations and gradients all live), and reports
-ru_maxrss. 'training' is that peak minus the RSS before the first step. fp32, CPU.
+its peak RSS (VmHWM), and the peak of malloc's bytes in use during the last step ('step heap', see
+`common.HeapPeak`). fp32, CPU.
 """
 
 import argparse
@@ -32,7 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ranks", default="none,256,128,64", help="n_embd_wte values; 'none' is unfactorized")
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=2, help="training steps before ru_maxrss is read")
+    parser.add_argument("--steps", type=int, default=2, help="training steps before the peak RSS is read")
     parser.add_argument("--memory-jobs", type=int, default=1, help="measuring processes run at once")
     parser.add_argument("--quick", action="store_true", help="a tiny size: checks that it all runs")
     args = parser.parse_args(argv)
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"Training memory, fp32: {size.n_layer} layers, d={size.n_embd}, {size.n_head} heads, V={size.vocab_size}, "
         f"T={args.seq_len}, batch {args.batch}, {args.steps} AdamW steps; tied head (and tied scale adapters). "
-        "Peak RSS: ru_maxrss of the measuring process (imports included). Step heap: the peak of glibc malloc's "
+        "Peak RSS: VmHWM of the measuring process (imports included). Step heap: the peak of glibc malloc's "
         "bytes in use during the last step (sampled after every aten op) minus those before the first step: "
         "activations, gradients and AdamW state, without the pages the allocator keeps after a free.\n"
     )

@@ -8,7 +8,7 @@ fp32 on CPU, dropout 0 on both models, the same AdamW for all. After a warm-up, 
 turn, round after round, and each figure is a median over rounds; ratios are medians of per-round ratios. A
 dense (2048 × 2048) fp32 matmul is timed in the same rounds, and model FLOP utilisation is reported against it:
 6 FLOPs per matmul parameter per token plus 12·n_layer·d·T for attention. Every hf_embed row has learned
-absolute positions (the default) plus what the row adds. Peak memory (with --seq-lens) is the ru_maxrss of a
+absolute positions (the default) plus what the row adds. Peak memory (with --seq-lens) is the VmHWM of a
 fresh process per configuration.
 """
 
@@ -160,7 +160,7 @@ def scaling_table(args: argparse.Namespace) -> str:
             )
     header = (
         f"Scaling with T at {tokens} tokens per step, {args.scaling_reps} rounds after 1 warm-up. Memory: a fresh "
-        "process per row builds the model and takes 2 AdamW steps; peak RSS is its ru_maxrss (imports included); "
+        "process per row builds the model and takes 2 AdamW steps; peak RSS is its VmHWM (imports included); "
         "'step heap' is the peak of glibc malloc's bytes in use during the second step, sampled after every aten op, "
         "minus those before the first step: tensors, gradients and optimizer state without the pages the allocator "
         "keeps after a free."

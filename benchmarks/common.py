@@ -194,7 +194,7 @@ def _heap_reader() -> Callable[[], float] | None:
 
 class HeapPeak(TorchDispatchMode):
     """While active, the most bytes malloc had handed out after any aten op (forward and backward): the tensors'
-    own peak, without the pages glibc keeps after a free (which ru_maxrss counts)."""
+    own peak, without the pages glibc keeps after a free (which the peak RSS counts)."""
 
     def __init__(self, in_use: Callable[[], float]):
         super().__init__()
@@ -214,8 +214,14 @@ def rss_mb() -> float:
 
 
 def peak_rss_mb() -> float:
-    """The high-water mark of this process's resident set size, in MiB (ru_maxrss is KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """The high-water mark of this process's resident set size, in MiB: VmHWM, which starts afresh at exec.
+    (ru_maxrss does not: Linux carries the forking parent's peak into it, so a child started by a big parent
+    would report the parent's peak.) ru_maxrss where /proc is missing."""
+    try:
+        with open("/proc/self/status") as file:
+            return next(int(line.split()[1]) for line in file if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 @dataclass
@@ -269,8 +275,8 @@ def run_memory_job() -> None:
 
 
 def measure_memory(job: MemoryJob) -> dict:
-    """Peak RSS of `job.steps` training steps, in a fresh Python process (ru_maxrss never goes down, so every
-    configuration needs its own process). Returns before_mb (RSS after building the model and batch), peak_mb,
+    """Peak RSS of `job.steps` training steps, in a fresh Python process (a high-water mark never goes down, so
+    every configuration needs its own process). Returns before_mb (RSS after building the model and batch), peak_mb,
     training_mb = peak − before (activations, gradients, optimizer state, allocator slack; 0 when the peak came
     before training, as the imports' can for a tiny model), parameters; with glibc also heap_training_mb, the
     peak of malloc's bytes in use during the last step minus those before the first (`HeapPeak`)."""
